@@ -28,7 +28,9 @@ _STYLE = {
 _SHAPES = {"akiec": 0, "bcc": 1, "bkl": 2, "df": 3, "mel": 4, "nv": 0, "vasc": 1}
 
 
-def draw_lesion(dx: str, rng: np.random.Generator, size: tuple[int, int] = (200, 150)) -> np.ndarray:
+def draw_lesion(
+    dx: str, rng: np.random.Generator, size: tuple[int, int] = (200, 150)
+) -> np.ndarray:
     """An RGB uint8 image (height, width) = (size[1], size[0]) showing a class-typical lesion."""
     w, h = size
     skin = np.array([225, 180, 150]) + rng.integers(-15, 15, 3)

@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: partial results are kept; re-run the same command to resume.",
-              file=sys.stderr)
+        print(
+            "interrupted: partial results are kept; re-run the same command to resume.",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -56,7 +56,12 @@ class ScaleToBackbone(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-_SCALING = {"mobilenet_v2": "tf", "efficientnet": "none", "efficientnet_v2": "none", "caffe": "caffe"}
+_SCALING = {
+    "mobilenet_v2": "tf",
+    "efficientnet": "none",
+    "efficientnet_v2": "none",
+    "caffe": "caffe",
+}
 
 
 @dataclass(frozen=True)

@@ -101,9 +101,7 @@ def parse_sex(value: Any) -> str:
     key = _norm_text(value)
     if key in _SEX_SYNONYMS:
         return _SEX_SYNONYMS[key]
-    raise MetadataError(
-        "sex", f"Sex must be one of {', '.join(SEX_CHOICES)}; got {value!r}."
-    )
+    raise MetadataError("sex", f"Sex must be one of {', '.join(SEX_CHOICES)}; got {value!r}.")
 
 
 def parse_site(value: Any) -> str:
@@ -202,9 +200,7 @@ class MetadataEncoding:
     age_scale: float = 100.0
     sexes: tuple[str, ...] = SEXES
     sites: tuple[str, ...] = SITES
-    partial_sites: dict[str, tuple[str, ...]] = field(
-        default_factory=lambda: {TORSO: TORSO_PARTS}
-    )
+    partial_sites: dict[str, tuple[str, ...]] = field(default_factory=lambda: {TORSO: TORSO_PARTS})
 
     def __post_init__(self) -> None:
         if self.version != 1:
