@@ -49,3 +49,9 @@ def test_read_only_folder_raises_and_writes_nothing(tmp_path):
         assert os.listdir(ro) == []
     finally:
         ro.chmod(0o700)
+
+
+def test_written_files_get_ordinary_permissions_not_owner_only(tmp_path):
+    target = tmp_path / "report.txt"
+    atomic_write_text(target, "x")
+    assert target.stat().st_mode & 0o044, "group/other should be able to read per the umask"

@@ -97,8 +97,10 @@ def build_model(spec: ModelSpec) -> keras.Model:
     image = keras.Input((spec.image_size, spec.image_size, 3), name="image", dtype="float32")
     backbone = build_backbone(spec.backbone, spec.image_size, spec.weights)
     x = ScaleToBackbone(_SCALING[BACKBONES[spec.backbone]], name="preprocess")(image)
-    # training=False keeps BatchNormalization in inference mode even when the backbone is unfrozen
-    # (the keras-io fine-tuning recipe): small batches would otherwise wreck its statistics.
+    # BatchNormalization must stay in inference mode while fine-tuning (the keras-io recipe: small
+    # batches would wreck its statistics). In Keras 3 the `training=False` below is not enough once
+    # BN layers are trainable; set_backbone_trainable() keeps every BN layer frozen (trainable=False
+    # layers run in inference mode), and tests/test_train.py checks the moving statistics stay put.
     fmap = backbone(x, training=False)
     pooled = layers.GlobalAveragePooling2D(name="pool")(fmap)
     inputs = [image]
