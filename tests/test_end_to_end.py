@@ -66,6 +66,9 @@ def check_model_in_the_app(onnx_path: Path, metrics: dict, image: Path) -> None:
     assert pred.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     assert pred.heatmaps.shape[-1] == len(card.codes)
     assert pred.heatmaps.min() >= 0 and pred.heatmaps.max() <= 1
+    # The export fitted the unusual-image statistics on the training features.
+    assert card.raw["ood"]["fitted_on"]["train_images"] > 0
+    assert pred.unusual is not None
 
     # The app's CLI, in a fresh interpreter, must load it without TensorFlow.
     out = subprocess.run(

@@ -736,6 +736,42 @@ def _check_inputs_from_run(
     return images, meta, f"{count} synthetic random images"
 
 
+def pooled_features(core: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The pooled backbone features (the ONNX ``features`` output) of uint8/float images."""
+    import keras
+    import tensorflow as tf
+
+    image_input = core.inputs[0]
+    feature_model = keras.Model(image_input, core.get_layer("pool").output)
+    spec = tf.TensorSpec((None, *image_input.shape[1:]), tf.float32)
+
+    @tf.function(input_signature=[spec], reduce_retracing=True)
+    def run_batch(batch):
+        return feature_model(batch, training=False)
+
+    out = [
+        run_batch(np.asarray(images[i : i + batch_size], np.float32)).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, feature_model.output.shape[-1]))
+
+
+def feature_statistics(core: Any, prepared: Any, max_train: int = 3000, seed: int = 0) -> dict:
+    """The card's ``ood`` section: the training images' feature distribution (a random subset of
+    at most ``max_train``), with thresholds at the 99th percentile of the validation images.
+    The test split is not used."""
+    from desktop_app.core.uncertainty import fit_feature_model
+
+    rng = np.random.default_rng(seed)
+    train_idx = np.asarray(prepared.indices("train"))
+    if len(train_idx) > max_train:
+        train_idx = np.sort(rng.choice(train_idx, max_train, replace=False))
+    val_idx = np.asarray(prepared.indices("val"))
+    train_features = pooled_features(core, prepared.images[train_idx])
+    val_features = pooled_features(core, prepared.images[val_idx])
+    return fit_feature_model(train_features, val_features)
+
+
 def card_from_run(
     run_dir: Path,
     config: dict[str, Any],
@@ -885,6 +921,14 @@ def run(args: argparse.Namespace) -> int:
     meta_size = int(core.inputs[1].shape[-1]) if card["inputs"]["metadata"] else None
     codes = [c["code"] for c in card["classes"]]
     images, meta, source = _check_inputs_from_run(config, run_dir, args, core, meta_size, codes)
+    try:
+        print("fitting the unusual-image statistics on training features...", file=sys.stderr)
+        card["ood"] = feature_statistics(core, _load_run_data(config, run_dir, args))
+    except Exception as exc:  # the model still works; the app then says the check is unavailable
+        _warn(
+            f"could not fit the unusual-image statistics ({type(exc).__name__}: {exc}); the "
+            "model will be exported without them"
+        )
     out = args.out or run_dir / "model.onnx"
     print(f"exporting {model_path} -> {out}; checking on {source}", file=sys.stderr)
     report = export_onnx(

@@ -37,6 +37,7 @@ from desktop_app.core.imaging import LoadedImage, batch_preprocess, load_image
 from desktop_app.core.metadata import UNKNOWN_METADATA, PatientMetadata
 from desktop_app.core.onnx_digest import graph_digest
 from desktop_app.core.risk import apply_temperature, entropy, malignancy_risk
+from desktop_app.core.uncertainty import DEFAULT_MIN_TOP_PROBABILITY, FeatureModel, Flag, assess
 
 __all__ = ["Engine", "ImageInput", "Prediction", "Providers", "heatmap_for"]
 
@@ -76,6 +77,8 @@ class Prediction:
     features: np.ndarray | None
     entropy: float
     used_metadata: bool
+    flags: tuple[Flag, ...] = ()
+    unusual: bool | None = None  # None: this model's card has no feature statistics
 
     def probability(self, code: str) -> float:
         return float(self.probabilities[self._index(code)])
@@ -261,6 +264,11 @@ class Engine:
         self.provider_note = provider_note
         self._output_names = [o.name for o in session.get_outputs()]
         self._malignant = np.array([c in card.malignant_codes for c in card.codes], dtype=bool)
+        ood = card.raw.get("ood")
+        self._feature_model = FeatureModel.from_card_section(ood)
+        self._min_top_probability = float(
+            (ood or {}).get("min_top_probability", DEFAULT_MIN_TOP_PROBABILITY)
+        )
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -398,10 +406,25 @@ class Engine:
         codes = self.card.codes
         class_names = tuple(c.name for c in self.card.classes)
         threshold = self.card.threshold
+        unusual = None
+        if self._feature_model is not None and features is not None:
+            unusual = self._feature_model.is_unusual(features)
+        malignant = [bool(m) for m in self._malignant]
         preds = []
         for i in range(len(images)):
             top = int(np.argmax(probs[i]))
             risk = float(risks[i])
+            is_unusual = None if unusual is None else bool(unusual[i])
+            flags = assess(
+                probs[i],
+                codes,
+                class_names,
+                malignant,
+                risk,
+                threshold,
+                is_unusual,
+                self._min_top_probability,
+            )
             preds.append(
                 Prediction(
                     codes=codes,
@@ -418,6 +441,8 @@ class Engine:
                     features=None if features is None else np.array(features[i]),
                     entropy=float(ents[i]),
                     used_metadata=encoding is not None,
+                    flags=flags,
+                    unusual=is_unusual,
                 )
             )
         return preds
