@@ -59,6 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_argument(predict)
     _add_metadata_arguments(predict)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
+
+    report = sub.add_parser(
+        "report", help="classify one image and write a PDF report (image, heatmap, model)"
+    )
+    report.add_argument("image", type=Path)
+    _add_model_argument(report)
+    _add_metadata_arguments(report)
+    report.add_argument("--case-id", default="", help="case identifier printed on the report")
+    report.add_argument("--notes", default="", help="clinician notes printed on the report")
+    report.add_argument("--clinician", default="", help="name for the 'Reviewed by' line")
+    report.add_argument(
+        "--heatmap-class",
+        default=None,
+        metavar="CODE",
+        help="class whose Grad-CAM is printed, e.g. MEL (default: the most likely class)",
+    )
+    report.add_argument("--out", type=Path, required=True, help="the PDF file to write")
+
+    gui = sub.add_parser(
+        "gui",
+        help="open the window (the default: `lesionlens` alone, or `lesionlens IMAGE`)",
+    )
+    gui.add_argument("image", type=Path, nargs="?", default=None, help="an image to open")
+    gui.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="ONNX model exported by `python -m trainer export` (default: the bundled model)",
+    )
     return parser
 
 
@@ -151,10 +180,65 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Same road as the window: load_image(max_side=ANALYSIS_MAX_SIDE) -> Engine.predict; that
+    copy is also what the report prints. Writing is atomic: on any error nothing is
+    left at --out (an older file there is untouched)."""
+    from desktop_app.core.imaging import ANALYSIS_MAX_SIDE, load_image
+    from desktop_app.core.metadata import PatientMetadata
+    from desktop_app.core.report import ReportCase, write_report
+
+    meta = PatientMetadata(age=args.age, sex=args.sex, site=args.site)
+    engine = _load_engine(args)
+    shown = load_image(args.image, max_side=ANALYSIS_MAX_SIDE)
+    pred = engine.predict_one(shown, meta if engine.card.uses_metadata else None)
+    case = ReportCase(
+        image_rgb=shown.rgb,
+        image_name=args.image.name,
+        metadata=meta,
+        prediction=pred,
+        heatmap_code=args.heatmap_class,
+        case_id=args.case_id,
+        clinician_notes=args.notes,
+        clinician_name=args.clinician,
+    )
+    path = write_report(args.out, case, engine)
+    print(f"report written: {path}")
+    top = pred.probability(pred.top_code)
+    print(f"{args.image.name}: most likely {pred.top_name} ({pred.top_code}), {top:.1%}")
+    return 0
+
+
+def _cmd_gui(args: argparse.Namespace) -> int:
+    from desktop_app.app import main as gui_main
+
+    return gui_main([], model_path=args.model, image_path=args.image)
+
+
+def _gui_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`lesionlens` alone opens the window, and so does `lesionlens IMAGE` (a first argument
+    that is neither an option nor a command), with that image."""
+    commands: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            commands.update(action.choices)
+    if not argv:
+        return ["gui"]
+    if not argv[0].startswith("-") and argv[0] not in commands:
+        return ["gui", *argv]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    handlers = {"info": _cmd_info, "predict": _cmd_predict}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_gui_argv(argv, parser))
+    handlers = {
+        "info": _cmd_info,
+        "predict": _cmd_predict,
+        "report": _cmd_report,
+        "gui": _cmd_gui,
+    }
     if args.command not in handlers:
         parser.print_help()
         return 0 if args.command is None else 2

@@ -33,7 +33,12 @@ import onnxruntime as ort
 
 from desktop_app.core.card import CARD_KEY, ModelCard, card_from_json
 from desktop_app.core.errors import ModelError
-from desktop_app.core.imaging import LoadedImage, batch_preprocess, load_image
+from desktop_app.core.imaging import (
+    ANALYSIS_MAX_SIDE,
+    LoadedImage,
+    batch_preprocess,
+    load_image,
+)
 from desktop_app.core.metadata import UNKNOWN_METADATA, PatientMetadata
 from desktop_app.core.onnx_digest import graph_digest
 from desktop_app.core.risk import apply_temperature, entropy, malignancy_risk
@@ -377,8 +382,9 @@ class Engine:
     def predict_file(
         self, path: str | os.PathLike[str], metadata: PatientMetadata | None = None
     ) -> Prediction:
-        """Decode an image file with :func:`imaging.load_image` (ImageError if unusable), predict."""
-        return self.predict_one(load_image(path), metadata)
+        """Decode an image file the way every analysis does (:func:`imaging.load_image` with
+        ``max_side=ANALYSIS_MAX_SIDE``; ImageError if unusable), then predict."""
+        return self.predict_one(load_image(path, max_side=ANALYSIS_MAX_SIDE), metadata)
 
     def _predict_batch(
         self, images: list[ImageInput], metas: list[PatientMetadata | None]

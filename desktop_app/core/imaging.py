@@ -50,6 +50,10 @@ MIN_SIDE = 32
 """Smallest accepted width and height in pixels: below this there is nothing to analyse."""
 
 MAX_PIXELS = 250_000_000
+# Every analysis (window, CLI, batch) decodes at most this many pixels on the longest side and
+# predicts on that copy: one road, so the same file gives the same answer everywhere. Big JPEGs then
+# decode at reduced scale (fast, little memory); the model's input is far smaller anyway.
+ANALYSIS_MAX_SIDE = 2048
 """Largest accepted image (width x height) - protects the workstation's memory."""
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
