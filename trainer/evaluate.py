@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -633,15 +632,13 @@ def _config_classes(config: dict[str, Any]) -> list[str] | None:
 def load_prepared_data(
     config: dict[str, Any], run_dir: Path, data_path: str | None, cache_dir: str | None
 ) -> Any:
-    """Call ``trainer.data.prepare`` with what ``config.json`` recorded (only the parameters its
-    signature accepts, so a colleague's extra options keep their defaults)."""
-    try:
-        from trainer.data import prepare
-    except ImportError as exc:  # pragma: no cover - depends on the checkout
-        raise DatasetError(f"trainer.data is not available ({exc}).") from None
+    """The run's data exactly as training saw it: ``trainer.data.prepare(config)`` with the run's
+    own split file (``data_path`` / ``cache_dir`` override where the data set or cache moved)."""
+    from trainer.data import prepare
+
     split_path = run_dir / "split.csv"
     if not split_path.is_file():
-        recorded = _config_value(config, "split_path", "split", "split_file")
+        recorded = config.get("split")
         if not recorded or not Path(recorded).is_file():
             # never re-split here: a new split could put training images in the test set
             raise DatasetError(
@@ -649,41 +646,14 @@ def load_prepared_data(
                 "the model was trained with."
             )
         split_path = Path(recorded)
-    preprocess = config.get("preprocess") if isinstance(config.get("preprocess"), dict) else {}
-    image_size = _config_value(config, "image_size", "model.image_size")
-    if image_size is None and preprocess.get("height"):
-        image_size = (int(preprocess["height"]), int(preprocess.get("width", preprocess["height"])))
-    encoding = None
-    if isinstance(config.get("metadata_encoding"), dict):
-        from desktop_app.core.metadata import MetadataEncoding
-
-        encoding = MetadataEncoding.from_dict(config["metadata_encoding"])
-    candidates = {
-        "data_path": data_path
-        or _config_value(config, "data_path", "data.path", "data", "dataset"),
-        "fmt": _config_value(config, "fmt", "format", "data_format", "data.format", default="auto"),
-        "split_path": split_path,
-        "image_size": image_size,
-        "cache_dir": cache_dir or _config_value(config, "cache_dir", "data.cache_dir"),
-        "seed": _config_value(config, "seed"),
-        "classes": _config_classes(config),
-        "limit": _config_value(config, "limit", "data.limit"),
-        "resize": _config_value(config, "resize") or preprocess.get("resize"),
-        "encoding": encoding,
-    }
-    if not candidates["data_path"]:
-        raise DatasetError(
-            f"{run_dir / 'config.json'} does not say where the data set is; pass --data PATH."
-        )
-    params = inspect.signature(prepare).parameters
-    if "config" in params and len(params) == 1:
-        return prepare({**config, **{k: v for k, v in candidates.items() if v is not None}})
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    # None means "not recorded": leave the parameter at prepare's own default
-    kwargs = {k: v for k, v in candidates.items() if v is not None and (k in params or takes_any)}
-    if "config" in params:
-        kwargs["config"] = config
-    return prepare(**kwargs)
+    # prepare() reads "data_path" before "data" and "split_path" before "split": set both
+    overrides: dict[str, Any] = {"split": str(split_path), "split_path": str(split_path)}
+    overrides["progress"] = False
+    if data_path:
+        overrides["data"] = overrides["data_path"] = data_path
+    if cache_dir:
+        overrides["cache_dir"] = cache_dir
+    return prepare({**config, **overrides})
 
 
 def load_model(path: Path) -> Any:
