@@ -77,6 +77,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--out", type=Path, required=True, help="the PDF file to write")
 
+    batch = sub.add_parser(
+        "batch",
+        help="analyse every image of a folder: triage CSV, database and summary PDF; resumable",
+        description="Analyse every image of FOLDER offline. Results are saved as each image "
+        "finishes; running the same command again resumes where it stopped (Ctrl-C stops "
+        "cleanly). Writes OUT/results.csv (sorted by malignancy risk), "
+        "OUT/lesionlens-results.sqlite and OUT/batch-summary.pdf.",
+    )
+    batch.add_argument("folder", type=Path, metavar="FOLDER", help="the folder of images")
+    batch.add_argument(
+        "--recursive", "-r", action="store_true", help="also analyse the images in sub-folders"
+    )
+    batch.add_argument(
+        "--metadata",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="patient metadata spreadsheet joined by image file name or stem (ISIC: "
+        "age_approx, sex, anatom_site_general; HAM10000: age, sex, localization)",
+    )
+    batch.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: FOLDER/lesionlens-batch)",
+    )
+    _add_model_argument(batch)
+    batch.add_argument(
+        "--reports", action="store_true", help="also write one PDF report per image (OUT/reports/)"
+    )
+    batch.add_argument(
+        "--workers", type=int, default=2, metavar="N", help="decoding threads (default 2)"
+    )
+    batch.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="images per inference call"
+    )
+    batch.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
     gui = sub.add_parser(
         "gui",
         help="open the window (the default: `lesionlens` alone, or `lesionlens IMAGE`)",
@@ -209,6 +248,104 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+BATCH_OUT_NAME = "lesionlens-batch"
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    """Progress on stderr (count, rate, ETA); the first Ctrl-C (or SIGTERM) lets the images in
+    flight finish and exits 130 with the database consistent, a second one stops at once."""
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from desktop_app.core.atomic import atomic_write_text
+    from desktop_app.core.batch import run_batch
+
+    engine = _load_engine(args)
+    out = args.out if args.out is not None else args.folder / BATCH_OUT_NAME
+    cancel = threading.Event()
+    bar = tqdm(
+        total=None,
+        desc="Analysing",
+        unit="img",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=args.quiet,
+    )
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        bar.write(
+            "stopping: the images in flight finish and are saved (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+    def on_progress(p: Any) -> None:
+        if bar.total != p.total:
+            bar.total = p.total
+        bar.set_postfix(ok=p.ok, errors=p.errors, skipped=p.skipped, reused=p.reused, refresh=False)
+        bar.update(p.done - bar.n)
+        if p.done >= p.total and not bar.disable:
+            bar.close()  # the rate shown is the analysis', not the exports' that follow
+            print("writing results.csv and batch-summary.pdf ...", file=sys.stderr)
+
+    handled = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    try:
+        summary = run_batch(
+            args.folder,
+            engine,
+            out,
+            recursive=args.recursive,
+            metadata_csv=args.metadata,
+            reports=args.reports,
+            on_progress=on_progress,
+            cancel=cancel,
+            decode_workers=args.workers,
+            batch_size=args.batch_size,
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped: {bar.n} done, re-run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    done = summary.ok + summary.errors + summary.skipped
+    problems_file = summary.out_dir / "problems.txt"
+    problems_file.unlink(missing_ok=True)  # an earlier run's, if any
+    if summary.problems:
+        atomic_write_text(problems_file, "\n".join(summary.problems) + "\n")
+        for line in summary.problems[:10]:
+            print(f"warning: {line}", file=sys.stderr)
+        if len(summary.problems) > 10:
+            print(f"warning: ... {len(summary.problems) - 10} more", file=sys.stderr)
+        print(f"warnings written to {problems_file}", file=sys.stderr)
+    if summary.cancelled:
+        print(f"stopped: {done} done, re-run the same command to resume", file=sys.stderr)
+        print(f"results so far: {summary.csv}")
+        return 130
+    print(
+        f"{summary.total} files: {summary.ok} analysed, {summary.errors} could not be analysed, "
+        f"{summary.skipped} skipped (not images); {summary.reused} taken from an earlier run; "
+        f"{summary.seconds:.1f} s"
+    )
+    print(f"results: {summary.csv}")
+    if summary.summary_pdf is not None:
+        print(f"summary: {summary.summary_pdf}")
+    if args.reports:
+        print(f"reports: {summary.out_dir / 'reports'} ({summary.reports_written} written now)")
+    print(INTENDED_USE)
+    return 0
+
+
 def _cmd_gui(args: argparse.Namespace) -> int:
     from desktop_app.app import main as gui_main
 
@@ -237,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "info": _cmd_info,
         "predict": _cmd_predict,
         "report": _cmd_report,
+        "batch": _cmd_batch,
         "gui": _cmd_gui,
     }
     if args.command not in handlers:

@@ -53,6 +53,7 @@ from PySide6.QtWidgets import (
     QSizePolicy,
     QSlider,
     QSplitter,
+    QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -65,6 +66,7 @@ from desktop_app.core.heatmap import colorbar, heatmap_on_image, overlay
 from desktop_app.core.imaging import ANALYSIS_MAX_SIDE, SUPPORTED_SUFFIXES, LoadedImage, load_image
 from desktop_app.core.metadata import PatientMetadata
 from desktop_app.resources import default_model_path, resources_dir
+from desktop_app.ui.batch_view import BatchView
 from desktop_app.ui.dialogs import IntendedUseDialog, ModelInfoDialog, about_html
 from desktop_app.ui.forms import CaseDetailsForm, MetadataForm
 from desktop_app.ui.image_view import ComparisonView, rgb_to_qimage
@@ -370,7 +372,16 @@ class MainWindow(QMainWindow):
         margin = line // 2
         body.setContentsMargins(margin, margin, margin, 0)
         body.addWidget(self.banner)
-        body.addWidget(self.splitter, 1)
+        # The single case and the batch review (a whole folder) share the window, one tab each.
+        self.batch_view = BatchView(self.settings.q)
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("viewTabs")
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.splitter, "Single case")
+        self.tabs.addTab(self.batch_view, "Batch review")
+        self.tabs.setTabToolTip(0, "One image: result, heatmap and report (Ctrl+1)")
+        self.tabs.setTabToolTip(1, "A whole folder of images as a triage list (Ctrl+B)")
+        body.addWidget(self.tabs, 1)
         layout.addLayout(body, 1)
         self.setCentralWidget(central)
 
@@ -380,6 +391,8 @@ class MainWindow(QMainWindow):
         self.metadata_form.metadataChanged.connect(self._on_metadata_changed)
         self.export_button.clicked.connect(self._action_export_report)
         self.save_heatmap_button.clicked.connect(self._action_save_heatmap)
+        self.batch_view.caseRequested.connect(self.open_case)
+        self.batch_view.progressText.connect(self._on_batch_progress_text)
         self._update_opacity_label()
         self.view.set_overlay_visible(self.heatmap_check.isChecked())
         self.opacity_slider.setEnabled(self.heatmap_check.isChecked())
@@ -416,6 +429,16 @@ class MainWindow(QMainWindow):
             "actionOpenImage",
         )
         self.open_model_action = a("Open &model…", self._action_open_model, None, "actionOpenModel")
+        self.batch_action = a(
+            "&Batch review…",
+            self.show_batch_view,
+            "Ctrl+B",
+            "actionBatchReview",
+            "Analyse a whole folder of images and review them as a triage list",
+        )
+        self.single_case_action = a(
+            "Single &case", self.show_single_case, "Ctrl+1", "actionSingleCase"
+        )
         self.export_report_action = a(
             "&Export report…", self._action_export_report, "Ctrl+E", "actionExportReport"
         )
@@ -472,6 +495,8 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._rebuild_recent_menu)
         file_menu.addMenu(self.recent_menu)
         file_menu.addAction(self.open_model_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.batch_action)
         file_menu.addSeparator()
         file_menu.addAction(self.export_report_action)
         file_menu.addAction(self.save_heatmap_action)
@@ -539,6 +564,7 @@ class MainWindow(QMainWindow):
     def open_image(self, path: str | Path) -> None:
         """Decode ``path`` in the background; on success it replaces the current image."""
         path = Path(path)
+        self.show_single_case()
         self.statusBar().showMessage(f"Opening {path.name}…")
         self.tasks.run_in_background(
             "image",
@@ -547,6 +573,25 @@ class MainWindow(QMainWindow):
             partial(self._on_image_failed, path),
             label="Opening image…",
         )
+
+    def open_case(self, path: str | Path, metadata: PatientMetadata | None = None) -> None:
+        """Open a case from the batch list: the image, with the metadata the batch used filled
+        in (every field unknown when None), analysed with its heatmap in the single-case view."""
+        meta = metadata if metadata is not None else PatientMetadata()
+        self.metadata_form.set_values(meta.age, meta.sex, meta.site)
+        self._analysis_timer.stop()  # the new image is analysed once it is decoded
+        self.open_image(path)
+
+    def show_single_case(self) -> None:
+        self.tabs.setCurrentWidget(self.splitter)
+
+    def show_batch_view(self) -> BatchView:
+        self.tabs.setCurrentWidget(self.batch_view)
+        return self.batch_view
+
+    def _on_batch_progress_text(self, text: str) -> None:
+        index = self.tabs.indexOf(self.batch_view)
+        self.tabs.setTabText(index, f"Batch review ({text})" if text else "Batch review")
 
     def _on_image_loaded(self, path: Path, loaded: LoadedImage) -> None:
         self.image = OpenedImage(path, loaded)
@@ -599,6 +644,7 @@ class MainWindow(QMainWindow):
         self._heat_cache = None
         self._class_pinned = False
         self._update_model_widgets()
+        self.batch_view.set_engine(engine)
         self.statusBar().showMessage(
             f"Model loaded: {engine.card.name} {engine.card.version}, running on {engine.provider}",
             8000,
@@ -1106,6 +1152,7 @@ class MainWindow(QMainWindow):
         self._analysis_timer.stop()
         self.settings.set_window_geometry(self.saveGeometry(), self.saveState())
         self.settings.sync()
+        self.batch_view.shutdown()  # a running batch stops after the images in flight
         # Let running work (a report being written) finish; their results are dropped.
         for channel in ("image", "model", "analysis", "overlay"):
             self.tasks.cancel(channel)
