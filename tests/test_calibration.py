@@ -250,54 +250,38 @@ def test_canonical_command_spells_out_every_option():
 
 
 def test_prepare_is_called_with_the_runs_recorded_settings(tmp_path, monkeypatch):
+    """The run's config.json, its own split file and any moved-data override reach prepare()."""
     import trainer.data
     from trainer.evaluate import load_prepared_data
 
     seen = {}
 
-    def fake_prepare(
-        data_path,
-        fmt="auto",
-        split_path=None,
-        image_size=224,
-        seed=42,
-        classes=None,
-        limit=None,
-        progress=True,
-    ):
-        seen.update(
-            data_path=data_path,
-            fmt=fmt,
-            split_path=split_path,
-            image_size=image_size,
-            seed=seed,
-            classes=classes,
-            limit=limit,
-        )
+    def recording_prepare(config):
+        seen.clear()
+        seen.update(trainer.data._kwargs_from_config(config))  # prepare's own reading of it
         return "prepared"
 
-    monkeypatch.setattr(trainer.data, "prepare", fake_prepare)
+    monkeypatch.setattr(trainer.data, "prepare", recording_prepare)
     (tmp_path / "split.csv").write_text("image_id,split\n")
     config = {
         "data": "/data/ham",
+        "data_path": "/data/ham",
         "format": "ham10000",
         "image_size": 96,
         "seed": 3,
         "classes": [{"code": "MEL"}, {"code": "NV"}],
         "cache_dir": "/c",
+        "split": "/elsewhere/old-split.csv",
     }
     assert load_prepared_data(config, tmp_path, None, None) == "prepared"
-    assert seen == {
-        "data_path": "/data/ham",
-        "fmt": "ham10000",
-        "image_size": 96,
-        "seed": 3,
-        "split_path": tmp_path / "split.csv",
-        "classes": ["MEL", "NV"],
-        "limit": None,
-    }
-    load_prepared_data(config, tmp_path, "/moved/ham", None)
-    assert seen["data_path"] == "/moved/ham"
+    assert seen["data_path"] == "/data/ham"
+    assert seen["fmt"] == "ham10000"
+    assert seen["image_size"] == 96 and seen["seed"] == 3 and seen["cache_dir"] == "/c"
+    assert seen["classes"] == ["MEL", "NV"]
+    assert seen["split_path"] == str(tmp_path / "split.csv")  # the run's own split wins
+    assert seen["progress"] is False
+    load_prepared_data(config, tmp_path, "/moved/ham", "/new-cache")
+    assert seen["data_path"] == "/moved/ham" and seen["cache_dir"] == "/new-cache"
 
 
 def test_evaluation_refuses_to_resplit(tmp_path):
