@@ -16,8 +16,9 @@ with inference.
 
 * Memory stays flat: at most about ``6 * batch_size`` prepared images exist at any time (the
   decode queue holds ``2 * batch_size``, four groups are in inference, waiting or being saved),
-  each at the model's input size plus a thumbnail (plus the analysis copy only when per-case
-  reports are asked for); results go to SQLite as they come and the CSV is streamed from it.
+  each at the model's input size plus a thumbnail (plus, only when per-case reports are asked
+  for, the copy the report prints: at most 800 pixels); results go to SQLite as they come and
+  the CSV is streamed from it.
 * Resume: a file whose (path, content SHA-256, model SHA-256, metadata) is already in the
   database is not decoded again (hashing costs far less than decoding); with ``reports`` its
   per-case PDF must exist too. ``kill -9`` loses at most the images in flight (not yet committed).
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from desktop_app.core.batch.metadata_csv import load_metadata_csv
@@ -186,6 +188,16 @@ def _read_file(path: Path, name: str) -> bytes:
         raise ImageError(f"The file '{name}' could not be read ({reason}).") from None
 
 
+def _shrink(rgb: np.ndarray, side: int) -> np.ndarray:
+    """``rgb`` with its longest side at most ``side`` (INTER_AREA), like the report's own."""
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
+
+
 def _named(exc: ImageError, path: Path) -> ImageError:
     """The same refusal worded with the file's name: decoding from bytes says "The image data";
     only a failing file pays for this second decode (by path, from the OS cache)."""
@@ -222,6 +234,13 @@ class _Preparer:
         self.model_sha = engine.sha256
         self.uses_metadata = engine.card.uses_metadata
         self.spec = engine.card.preprocess
+        self.report_side = 0
+        if reports:
+            # The report prints the image at most this big (INTER_AREA, as here): handing it
+            # that copy gives the same PDF and keeps a queued image under 2 MB.
+            from desktop_app.core.report import _EMBED_MAX_SIDE
+
+            self.report_side = _EMBED_MAX_SIDE
 
     def metadata_for(self, rel: str) -> tuple[PatientMetadata | None, dict]:
         if not self.uses_metadata:
@@ -256,7 +275,7 @@ class _Preparer:
                 thumbnail=encode_jpeg(thumb),
                 meta=meta,
                 meta_dict=meta_dict,
-                report_rgb=loaded.rgb if self.reports else None,
+                report_rgb=_shrink(loaded.rgb, self.report_side) if self.reports else None,
             )
         except ImageError as exc:
             message = str(exc)
