@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -240,7 +241,24 @@ def test_progress_runner_reports_in_order_cancels_and_supersedes(qtbot):
 # --------------------------------------------------------------------------------------------------
 
 
+class SlowedEngine:
+    """The real engine, 30 ms slower per call: the run then outlasts the table's 100 ms flush
+    interval, so rows must appear while it runs (a tiny model can otherwise finish first)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def predict(self, *args, **kwargs):
+        time.sleep(0.03)
+        return self._engine.predict(*args, **kwargs)
+
+
 def test_batch_run_progress_live_rows_sorting_and_warnings(qtbot, view, folder):
+    view.set_engine(SlowedEngine(view.engine))
+    view.batch_size = 1
     view.set_folder(folder)
     view.set_metadata_csv(folder.parent / "patients.csv")
     assert view.output_dir == folder / DEFAULT_OUTPUT_NAME
