@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PySide6.QtCore import (
-    QCoreApplication,
-    QDeadlineTimer,
     QObject,
     QRunnable,
     Qt,
@@ -52,6 +50,8 @@ from PySide6.QtCore import (
     Signal,
     Slot,
 )
+
+from desktop_app.ui.workers import ChannelBookkeeping
 
 __all__ = ["ProgressOp", "ProgressRunner"]
 
@@ -104,7 +104,7 @@ class _Runnable(QRunnable):
             self._emit_finished(self._task_id, result, error)
 
 
-class ProgressRunner(QObject):
+class ProgressRunner(ChannelBookkeeping, QObject):
     """Runs cancellable callables with progress on a private pool; everything comes back on the
     GUI thread. See the module docstring."""
 
@@ -112,6 +112,7 @@ class ProgressRunner(QObject):
     activityChanged = Signal(str)
     _progress = Signal(int, object)
     _finished = Signal(int, object, object)
+    WAIT_TIMEOUT_MS = 30_000  # a batch delivers many progress events before it returns
 
     def __init__(self, parent: QObject | None = None, max_threads: int = 3) -> None:
         super().__init__(parent)
@@ -168,31 +169,9 @@ class ProgressRunner(QObject):
             self.cancel(channel, forget=True)
 
     # -- state ------------------------------------------------------------------------------------
-    def is_idle(self) -> bool:
-        return not self._running and not self._pending and self._pool.activeThreadCount() == 0
-
-    def is_busy(self, channel: str | None = None) -> bool:
-        if channel is None:
-            return not self.is_idle()
-        return channel in self._running or channel in self._pending
-
     def is_cancelling(self, channel: str) -> bool:
         task = self._running.get(channel)
         return task is not None and task.cancel.is_set()
-
-    @property
-    def pool(self) -> QThreadPool:
-        return self._pool
-
-    def wait_until_idle(self, timeout_ms: int = 30_000) -> bool:
-        """Block (delivering queued progress and results) until every task has finished."""
-        deadline = QDeadlineTimer(timeout_ms)
-        while not deadline.hasExpired():
-            if not self._running and not self._pending:
-                return self._pool.waitForDone(max(0, int(deadline.remainingTime())))
-            self._pool.waitForDone(20)
-            QCoreApplication.processEvents()
-        return self.is_idle()
 
     # -- internals --------------------------------------------------------------------------------
     def _start(self, task: _Task) -> None:

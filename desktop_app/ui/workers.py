@@ -81,7 +81,42 @@ class _Runnable(QRunnable):
             self._emit(self._task_id, result, error)
 
 
-class TaskRunner(QObject):
+class ChannelBookkeeping:
+    """What every runner here answers the same way: is a channel busy, is everything idle, wait.
+
+    Subclasses keep ``_running`` (channel -> task on a pool thread), ``_pending`` (channel -> task
+    waiting for its channel) and ``_pool`` (their QThreadPool)."""
+
+    _running: dict[str, Any]
+    _pending: dict[str, Any]
+    _pool: QThreadPool
+    WAIT_TIMEOUT_MS = 10_000
+
+    def is_idle(self) -> bool:
+        """No task running on a pool thread and none waiting (results may still be queued)."""
+        return not self._running and not self._pending and self._pool.activeThreadCount() == 0
+
+    def is_busy(self, channel: str | None = None) -> bool:
+        if channel is None:
+            return not self.is_idle()
+        return channel in self._running or channel in self._pending
+
+    @property
+    def pool(self) -> QThreadPool:
+        return self._pool
+
+    def wait_until_idle(self, timeout_ms: int | None = None) -> bool:
+        """Block (processing queued results) until every task has finished and been delivered."""
+        deadline = QDeadlineTimer(self.WAIT_TIMEOUT_MS if timeout_ms is None else timeout_ms)
+        while not deadline.hasExpired():
+            if not self._running and not self._pending:
+                return self._pool.waitForDone(max(0, int(deadline.remainingTime())))
+            self._pool.waitForDone(20)
+            QCoreApplication.processEvents()
+        return self.is_idle()
+
+
+class TaskRunner(ChannelBookkeeping, QObject):
     """Runs callables on a private thread pool; results come back on the GUI thread."""
 
     busyChanged = Signal(bool)
@@ -130,29 +165,6 @@ class TaskRunner(QObject):
         return self._generation.get(channel, 0)
 
     # -- state ------------------------------------------------------------------------------------
-    def is_idle(self) -> bool:
-        """No task running on a pool thread and none waiting (results may still be queued)."""
-        return not self._running and not self._pending and self._pool.activeThreadCount() == 0
-
-    def is_busy(self, channel: str | None = None) -> bool:
-        if channel is None:
-            return not self.is_idle()
-        return channel in self._running or channel in self._pending
-
-    @property
-    def pool(self) -> QThreadPool:
-        return self._pool
-
-    def wait_until_idle(self, timeout_ms: int = 10_000) -> bool:
-        """Block (processing queued results) until every task has finished and been delivered."""
-        deadline = QDeadlineTimer(timeout_ms)
-        while not deadline.hasExpired():
-            if not self._running and not self._pending:
-                return self._pool.waitForDone(max(0, int(deadline.remainingTime())))
-            self._pool.waitForDone(20)
-            QCoreApplication.processEvents()
-        return self.is_idle()
-
     # -- internals --------------------------------------------------------------------------------
     def _start(self, task: _Task) -> None:
         self._running[task.channel] = task
