@@ -180,7 +180,7 @@ def default_storage(run_dir: str | Path) -> str:
 
 def _prepare_once(base: Any, run_dir: Path, progress: bool) -> tuple[Any, str]:
     """Make or reuse the split file and fill the image cache once for all trials."""
-    from trainer.data import prepare
+    from trainer.train import prepare_config_data
 
     split_file = run_dir / "split.csv"
     kwargs: dict[str, Any] = {}
@@ -193,17 +193,7 @@ def _prepare_once(base: Any, run_dir: Path, progress: bool) -> tuple[Any, str]:
     else:
         kwargs["split_out"] = split_file
         used = str(split_file.resolve())
-    data = prepare(
-        base.data,
-        fmt=base.format,
-        image_size=base.image_size,
-        cache_dir=base.cache_dir,
-        seed=base.seed,
-        classes=base.classes,
-        limit=base.limit,
-        progress=progress,
-        **kwargs,
-    )
+    data = prepare_config_data(base, progress=progress, **kwargs)
     if len(data.indices("val")) == 0:
         raise ModelError("The split has no validation images: the search has nothing to score.")
     return data, used

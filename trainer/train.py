@@ -717,6 +717,24 @@ def _make_loss(config: TrainConfig):
     return make_loss(config.loss, config.label_smoothing, config.focal_gamma)
 
 
+def prepare_config_data(config: TrainConfig, *, progress: bool = True, **split: Any) -> Any:
+    """``trainer.data.prepare`` with a TrainConfig's data settings; ``split`` is ``split_path=``
+    (an existing split file) or ``split_out=`` (where to save a new one)."""
+    from trainer.data import prepare
+
+    return prepare(
+        config.data,
+        fmt=config.format,
+        image_size=config.image_size,
+        cache_dir=config.cache_dir,
+        seed=config.seed,
+        classes=config.classes,
+        limit=config.limit,
+        progress=progress,
+        **split,
+    )
+
+
 def train(config: TrainConfig, progress: bool = True, callbacks: list | None = None) -> TrainResult:
     """Train (or resume) the run described by ``config``; see the module docstring. ``callbacks``
     are appended to each stage's callbacks (tests use them to interrupt a run)."""
@@ -732,7 +750,6 @@ def train(config: TrainConfig, progress: bool = True, callbacks: list | None = N
     old = _check_compatible(run_dir, config)
 
     # -- data and split ------------------------------------------------------------------------
-    from trainer.data import prepare
 
     split_file = run_dir / "split.csv"
     kwargs: dict[str, Any] = {}
@@ -742,17 +759,7 @@ def train(config: TrainConfig, progress: bool = True, callbacks: list | None = N
         kwargs["split_path"] = split_file
     else:
         kwargs["split_out"] = split_file
-    data = prepare(
-        config.data,
-        fmt=config.format,
-        image_size=config.image_size,
-        cache_dir=config.cache_dir,
-        seed=config.seed,
-        classes=config.classes,
-        limit=config.limit,
-        progress=progress,
-        **kwargs,
-    )
+    data = prepare_config_data(config, progress=progress, **kwargs)
     train_idx = np.asarray(data.indices("train"), np.int64)
     val_idx = np.asarray(data.indices("val"), np.int64)
     test_idx = np.asarray(data.indices("test"), np.int64)
