@@ -265,25 +265,37 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     engine = _load_engine(args)
     out = args.out if args.out is not None else args.folder / BATCH_OUT_NAME
     cancel = threading.Event()
-    bar = tqdm(
-        total=None,
-        desc="Analysing",
-        unit="img",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=args.quiet,
-    )
+    bars: list[Any] = []  # made at the first progress report, i.e. once set-up has succeeded
+
+    def progress_bar() -> Any:
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=None,
+                    desc="Analysing",
+                    unit="img",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    disable=args.quiet,
+                )
+            )
+        return bars[0]
+
+    def close_bar() -> None:
+        if bars:
+            bars[0].close()
 
     def on_signal(signum: int, frame: Any) -> None:
         if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
-        bar.write(
+        tqdm.write(
             "stopping: the images in flight finish and are saved (Ctrl-C again to stop at once)",
             file=sys.stderr,
         )
 
     def on_progress(p: Any) -> None:
+        bar = progress_bar()
         if bar.total != p.total:
             bar.total = p.total
         bar.set_postfix(ok=p.ok, errors=p.errors, skipped=p.skipped, reused=p.reused, refresh=False)
@@ -310,11 +322,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         )
     except KeyboardInterrupt:
-        bar.close()
-        print(f"stopped: {bar.n} done, re-run the same command to resume", file=sys.stderr)
+        close_bar()
+        done_so_far = bars[0].n if bars else 0
+        print(f"stopped: {done_so_far} done, re-run the same command to resume", file=sys.stderr)
         return 130
     finally:
-        bar.close()
+        close_bar()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
