@@ -417,3 +417,59 @@ def test_image_only_model(synthetic_ham, cache_dir, tmp_path):
         atol=1e-5,
     )
     assert json.loads((Path(config.run) / "config.json").read_text())["use_metadata"] is False
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_the_earlier_runs_weights(main_run, tmp_path):
+    """A warm start with the earlier run's split begins where that run ended: before any update,
+    its val predictions equal the earlier model's."""
+    import trainer.train as train_mod
+
+    config, result, _, _ = main_run
+    import keras
+
+    seen: list[np.ndarray] = []
+
+    class WeightsAtStart(keras.callbacks.Callback):  # the head's bias before the first update
+        def on_train_begin(self, logs=None):
+            seen.append(self.model.get_weights()[-1].copy())
+
+    warm = TrainConfig(
+        **{
+            **config.to_dict(),
+            "run": str(tmp_path / "warm"),
+            "split": str(Path(config.run) / "split.csv"),
+            "init_from": config.run,
+            "epochs_frozen": 0,
+            "epochs_finetune": 1,
+        }
+    )
+    train_mod.train(warm, progress=False, callbacks=[WeightsAtStart()])
+    np.testing.assert_array_equal(seen[0], result.model.get_weights()[-1])
+    saved = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert saved["train_config"]["init_from"] == config.run
+
+
+@pytest.mark.slow
+def test_init_from_refuses_a_model_that_saw_this_runs_test_split(main_run, tmp_path):
+    import trainer.train as train_mod
+    from desktop_app.core.errors import ModelError
+
+    config, _, _, _ = main_run
+    other = TrainConfig(
+        **{
+            **config.to_dict(),
+            "run": str(tmp_path / "other_split"),
+            "seed": config.seed + 1,  # another split: some of its test images were trained on
+            "init_from": config.run,
+        }
+    )
+    with pytest.raises(ModelError, match="test split"):
+        train_mod.train(other, progress=False)
+    assert not (tmp_path / "other_split" / "model.keras").exists()
+
+
+def test_init_from_needs_an_existing_model(tmp_path):
+    config = TrainConfig(data=str(tmp_path), run=str(tmp_path / "r"), init_from=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="--init-from"):
+        config.validate()

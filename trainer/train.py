@@ -40,6 +40,7 @@ import csv
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import shlex
 import shutil
@@ -116,6 +117,7 @@ class TrainConfig:
     aug_resolution: float | None = None  # probability; None: the preset's
     aug_blur: float | None = None  # probability; None: the preset's
     teacher: str | None = None
+    init_from: str | None = None  # an earlier run (folder or model.keras) to start from
     distill_temperature: float = 4.0
     distill_alpha: float = 0.5
     patience: int = 4
@@ -178,6 +180,12 @@ class TrainConfig:
         if self.teacher:
             need(self.loss == "ce", "distillation has its own loss: leave --loss at ce")
             need(self.label_smoothing == 0.0, "--label-smoothing does not apply to distillation")
+        if self.init_from:
+            need(
+                init_model_path(self.init_from).is_file(),
+                f"--init-from: no model at {self.init_from!r} (give a run folder or its "
+                "model.keras)",
+            )
         w = self.model_weights
         need(
             w is None or w == "imagenet" or Path(w).is_file(),
@@ -636,6 +644,64 @@ def _copy_split(src: Path, run_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+def init_model_path(init_from: str | os.PathLike) -> Path:
+    """The .keras model that ``--init-from`` names: the file itself, or a run folder's model."""
+    path = Path(init_from)
+    return path / "model.keras" if path.is_dir() else path
+
+
+def check_init_run(init_from: str | os.PathLike, config: TrainConfig, data: Any) -> Path:
+    """The model to warm-start from, after checking that it fits and that it never saw this run's
+    test split.
+
+    Why: continuing from an earlier run saves hours on a CPU, but a model trained on a different
+    split may have learned this run's test lesions, and its test figures would then be worthless.
+    The earlier run's ``config.json`` and ``split.csv`` must sit next to its model, so that the
+    check is made, not assumed.
+    """
+    from trainer.splits import read_split_file
+
+    model = init_model_path(init_from)
+    run = model.parent
+    old = _read_json(run / "config.json")
+    if old is None or not (run / "split.csv").is_file():
+        raise ModelError(
+            f"--init-from {init_from}: {run} lacks config.json or split.csv, so it cannot be "
+            "checked that the model never saw this run's test images. Give a run folder made by "
+            "`python -m trainer train`."
+        )
+    mismatch = [
+        f"{name}: {old.get(name)!r} there, {now!r} here"
+        for name, now in (
+            ("classes", list(data.classes)),
+            ("backbone", config.backbone),
+            ("image_size", config.image_size),
+            ("use_metadata", config.use_metadata),
+            ("metadata_encoding", data.encoding.to_dict()),
+        )
+        if old.get(name) != now
+    ]
+    old_tc = old.get("train_config") or {}
+    for name in ("head_units", "meta_units"):
+        if name in old_tc and old_tc[name] != getattr(config, name):
+            mismatch.append(f"{name}: {old_tc[name]!r} there, {getattr(config, name)!r} here")
+    if mismatch:
+        raise ModelError(
+            f"--init-from {init_from}: that model has another shape ({'; '.join(mismatch)})."
+        )
+    seen = read_split_file(run / "split.csv")
+    seen_ids = set(seen.loc[seen["split"] != "test", "image_id"])
+    test_ids = data.table["image_id"].to_numpy()[np.asarray(data.indices("test"), np.int64)]
+    leaked = sorted(seen_ids.intersection(test_ids))
+    if leaked:
+        raise ModelError(
+            f"--init-from {init_from}: that model trained or tuned on {len(leaked)} images that "
+            f"are in this run's test split (e.g. {', '.join(leaked[:3])}). Start from it only "
+            f"with its split: --split {run / 'split.csv'}."
+        )
+    return model
+
+
 def build_core(config: TrainConfig, num_classes: int, metadata_size: int, weights: str | None):
     from trainer.model import ModelSpec, build_model
 
@@ -780,11 +846,22 @@ def train(config: TrainConfig, progress: bool = True, callbacks: list | None = N
     cbm = _callbacks_module()
     best_path = run_dir / "model.keras"
     have_best = best_path.is_file()
+    init_model = (
+        None
+        if have_best or not config.init_from
+        else check_init_run(config.init_from, config, data)
+    )
     core = build_core(
-        config, k, data.metadata.shape[1], None if have_best else config.model_weights
+        config,
+        k,
+        data.metadata.shape[1],
+        None if have_best or init_model else config.model_weights,
     )
     if have_best:  # resuming: start from the best so far (a stage backup, if any, overrides it)
         core.load_weights(best_path)
+    elif init_model is not None:  # warm start from an earlier run (checked above)
+        core.load_weights(init_model)
+        _say(progress, f"starting from the weights of {init_model}")
     model = build_training_model(core, config, data.encoding)
 
     cw = class_weights(data.labels[train_idx], k, config.class_weights)
@@ -1000,6 +1077,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.unfreeze,
         help="backbone layers trainable in stage 2 (-1: all; BatchNorm stays frozen)",
+    )
+    t.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from an earlier run's weights (its folder or model.keras) instead of "
+        "--weights; it must share this run's shape and never have seen its test split",
     )
     t.add_argument("--lr", type=float, default=d.lr, help="stage 1 learning rate (Adam)")
     t.add_argument("--lr-finetune", type=float, default=d.lr_finetune, help="stage 2 learning rate")
