@@ -45,6 +45,7 @@ def create_application(argv: list[str] | None = None):
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationDisplayName(APP_NAME)
     app.setApplicationVersion(__version__)
+    app.setDesktopFileName("lesionlens")  # lesionlens.desktop: the launcher's icon on Wayland
     icons = resources_dir() / "icons"
     for name in ("lesionlens.png", "lesionlens.svg", "lesionlens.ico", "icon.png"):
         if (icons / name).is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ from typing import Any
 from desktop_app import INTENDED_USE, __version__
 from desktop_app.core.errors import LesionLensError, ModelError
 from desktop_app.resources import default_model_path
+
+# onnxruntime 1.31 queues usage telemetry (a device ID, the program's path, the system) under
+# ~/.cache/Microsoft for upload over HTTPS. LesionLens makes no network calls and keeps nothing
+# about the machine: switch it off before onnxruntime is first imported (it is, lazily, below).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 
 def _add_model_argument(p: argparse.ArgumentParser) -> None:
@@ -48,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "images. " + INTENDED_USE,
     )
     parser.add_argument("--version", action="version", version=f"LesionLens {__version__}")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check this installation without a window (bundled model, sample image, Grad-CAM, "
+        "PDF report) and exit 0 if it works; `lesionlens --self-test --help` for its options",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     info = sub.add_parser("info", help="show a model's card: classes, data, metrics, licence")
@@ -382,6 +394,10 @@ def _gui_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--self-test"]:
+        from desktop_app.selftest import main as self_test_main
+
+        return self_test_main(argv[1:])
     args = parser.parse_args(_gui_argv(argv, parser))
     handlers = {
         "info": _cmd_info,
