@@ -35,5 +35,20 @@ fmt: $(VENV)/.test-installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## Packaging (docs/packaging.md): `make dist` builds the GPU flavour (onnxruntime-gpu, the
+## default), `make dist FLAVOUR=cpu` (or `make dist-cpu`) the CPU-only one, each in its own build
+## venv: dist/<flavour>/LesionLens/ and, on Linux, dist/LesionLens-<version>-linux-<flavour>.run.
+FLAVOUR ?= gpu
+.PHONY: dist dist-cpu dist-gpu
+
+dist:
+	PYTHON=$(PYTHON) packaging/build.sh $(FLAVOUR)
+
+dist-cpu:
+	PYTHON=$(PYTHON) packaging/build.sh cpu
+
+dist-gpu:
+	PYTHON=$(PYTHON) packaging/build.sh gpu
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
