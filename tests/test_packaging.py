@@ -286,3 +286,24 @@ def test_installer_help_and_unknown_options(stage: Path, home: Path):
     )
     assert bad.returncode != 0 and "unknown option" in bad.stderr
     assert everything(home) == set()
+
+
+@linux_only
+def test_upgrade_keeps_the_folder_of_a_version_still_running(stage: Path, home: Path, tmp_path):
+    assert install(stage, home).returncode == 0
+    root = home / ".local" / "share" / "lesionlens"
+    first = root / os.readlink(root / "current")
+    sleeper = first / "_internal" / "sleep"  # a program running from the old version's folder
+    shutil.copy(shutil.which("sleep"), sleeper)
+    proc = subprocess.Popen([sleeper, "30"])
+    try:
+        result = install(make_stage(tmp_path / "stage2"), home)
+        assert result.returncode == 0, result.stderr
+        assert "still running" in result.stderr
+        assert first.is_dir() and os.readlink(root / "current") != first.name
+    finally:
+        proc.kill()
+        proc.wait()
+    assert install(make_stage(tmp_path / "stage3"), home).returncode == 0
+    assert not first.exists()
+    assert len(list(root.glob("app-*"))) == 1
