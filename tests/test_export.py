@@ -496,3 +496,13 @@ def test_tidy_graph_renames_suffixed_names_and_drops_unused_inputs():
     broken.graph.output[0].name = "scores"
     with pytest.raises(ModelError, match="outputs"):
         tidy_graph(broken, ("image", "metadata"))
+
+
+def test_a_distilled_models_card_warns_that_its_test_figures_may_be_optimistic():
+    from trainer.export import default_limitations
+
+    plain = default_limitations(["MEL", "NV"], "HAM10000", True)
+    distilled = default_limitations(["MEL", "NV"], "HAM10000", True, teacher="sklesion")
+    assert not any("Distilled" in item for item in plain)
+    (note,) = [item for item in distilled if "Distilled" in item]
+    assert "sklesion" in note and "optimistic" in note

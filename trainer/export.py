@@ -480,8 +480,15 @@ def export_onnx(
 # --------------------------------------------------------------------------------------------------
 
 
-def default_limitations(class_codes: list[str], dataset: str, uses_metadata: bool) -> list[str]:
-    """What a clinician must know the model cannot know (model card ``limitations``)."""
+def default_limitations(
+    class_codes: list[str], dataset: str, uses_metadata: bool, teacher: str | None = None
+) -> list[str]:
+    """What a clinician must know the model cannot know (model card ``limitations``).
+
+    ``teacher``: the distillation teacher, if any. A teacher trained on data we cannot see may have
+    learned this data set's test images, and the student inherits what it learned, so the test
+    figures of a distilled model are flagged as possibly optimistic.
+    """
     from desktop_app.core.classes import CATALOG
 
     missing = [c for c in CATALOG if c.code not in class_codes]
@@ -519,6 +526,12 @@ def default_limitations(class_codes: list[str], dataset: str, uses_metadata: boo
             1,
             "HAM10000's 'akiec' class mixes actinic keratoses and intraepithelial carcinoma "
             "(Bowen's disease); invasive squamous cell carcinoma is not in the data.",
+        )
+    if teacher:
+        items.append(
+            f"Distilled from the teacher model '{teacher}', whose training data are not known to "
+            "us and may include this data set's test images: the test figures may be optimistic. "
+            "Judge it on an external test set."
         )
     if uses_metadata:
         items.append(
@@ -888,7 +901,9 @@ def card_from_run(
         malignancy_threshold=threshold,
         target_sensitivity=None if target is None else float(target),
         licence=licence.strip(),
-        limitations=default_limitations(codes, dataset, dual),
+        limitations=default_limitations(
+            codes, dataset, dual, (config.get("train_config") or {}).get("teacher")
+        ),
     )
 
 
