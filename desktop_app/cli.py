@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,6 @@ from typing import Any
 from desktop_app import INTENDED_USE, __version__
 from desktop_app.core.errors import LesionLensError, ModelError
 from desktop_app.resources import default_model_path
-
-# onnxruntime 1.31 queues usage telemetry (a device ID, the program's path, the system) under
-# ~/.cache/Microsoft for upload over HTTPS. LesionLens makes no network calls and keeps nothing
-# about the machine: switch it off before onnxruntime is first imported (it is, lazily, below).
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 
 def _add_model_argument(p: argparse.ArgumentParser) -> None:

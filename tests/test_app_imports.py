@@ -62,3 +62,18 @@ def test_trainer_help_is_fast_and_lists_every_step():
     for step in ("data", "split", "train", "search", "evaluate", "export"):
         assert step in out.stdout
     assert "TF False" in out.stdout, "trainer --help must not import TensorFlow"
+
+
+def test_the_app_keeps_onnxruntime_telemetry_off(tmp_path):
+    """onnxruntime writes a device ID and a telemetry queue under ~/.cache/Microsoft unless told
+    not to; LesionLens keeps nothing about the machine and sends nothing anywhere."""
+    import os
+
+    code = (
+        "import desktop_app.core.engine, onnxruntime as ort\n"
+        "ort.InferenceSession  # the library is loaded\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / ".cache")}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+    assert not (tmp_path / ".cache" / "Microsoft").exists()
