@@ -473,3 +473,47 @@ def test_init_from_needs_an_existing_model(tmp_path):
     config = TrainConfig(data=str(tmp_path), run=str(tmp_path / "r"), init_from=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="--init-from"):
         config.validate()
+
+
+@pytest.mark.slow
+def test_a_soup_of_two_runs_is_a_run_that_evaluate_and_export_accept(main_run, tmp_path):
+    """Greedy soup of the main run and a warm-started run on the same split: a loadable core,
+    its val BMA recorded, and the distillation teacher (none here) carried into the config."""
+    import argparse
+
+    import trainer.train as train_mod
+    from trainer import soup
+    from trainer.evaluate import load_model
+
+    config, _, _, _ = main_run
+    warm = TrainConfig(
+        **{
+            **config.to_dict(),
+            "run": str(tmp_path / "warm"),
+            "split": str(Path(config.run) / "split.csv"),
+            "init_from": config.run,
+            "epochs_frozen": 0,
+            "epochs_finetune": 1,
+        }
+    )
+    train_mod.train(warm, progress=False)
+    out = tmp_path / "soup"
+    args = argparse.Namespace(
+        runs=[Path(config.run), tmp_path / "warm"],
+        run=out,
+        uniform=True,
+        batch_size=16,
+        data=None,
+        cache_dir=None,
+    )
+    assert soup.run(args) == 0
+    model = load_model(out / "model.keras")
+    a = load_model(Path(config.run) / "model.keras")
+    b = load_model(tmp_path / "warm" / "model.keras")
+    expected = (a.get_weights()[-1] + b.get_weights()[-1]) / 2
+    np.testing.assert_allclose(model.get_weights()[-1], expected, rtol=1e-6)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["soup"]["method"] == "uniform"
+    assert [i["used"] for i in saved["soup"]["ingredients"]] == [True, True]
+    assert (out / "split.csv").read_text() == (Path(config.run) / "split.csv").read_text()
+    assert saved["train_config"]["teacher"] is None

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("trainer.splits", "make a lesion/patient-grouped train/val/test split file"),
     "train": ("trainer.train", "train the dual-input model (two stages, resumable)"),
     "search": ("trainer.search", "Optuna hyper-parameter search on the validation split"),
+    "soup": ("trainer.soup", "average the weights of runs that share a split (model soup)"),
     "evaluate": ("trainer.evaluate", "ISIC-style evaluation, calibration and threshold"),
     "export": ("trainer.export", "export to ONNX with Grad-CAM and the model card, checked"),
 }
