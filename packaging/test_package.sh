@@ -9,9 +9,6 @@
 #   NO_BUILD=1 packaging/test_package.sh use the dist/ already built
 #
 # Needs: make, makeself, Python 3.11, and the default model at resources/models/default.onnx.
-# STAND_IN_MODEL_IF_MISSING=1 (CI, until the default model is committed): when that model is
-# missing, bundle a small hand-made stand-in model instead (tests/model_factory.py, needs the
-# `onnx` package of `make test`'s .venv) and build into a temporary folder, never into dist/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,16 +26,6 @@ unset XDG_DATA_HOME XDG_CONFIG_HOME XDG_CACHE_HOME XDG_BIN_HOME
 TMP_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/lesionlens-package-test.XXXXXX")"
 trap 'rm -rf -- "$TMP_ROOT"' EXIT
 DIST_ROOT=dist
-if [ ! -f resources/models/default.onnx ] && [ "${STAND_IN_MODEL_IF_MISSING:-0}" = 1 ]; then
-  echo "NOTE: resources/models/default.onnx is not there yet: testing the packaging with a"
-  echo "      stand-in model (tests/model_factory.py), built into a temporary folder."
-  "${TEST_PYTHON:-.venv/bin/python}" -c 'import sys; from tests import model_factory as mf
-open(sys.argv[1], "wb").write(mf.synthetic_onnx(image_size=64))' "$TMP_ROOT/stand-in.onnx"
-  export LESIONLENS_STAND_IN_MODEL="$TMP_ROOT/stand-in.onnx"
-  DIST_ROOT="$TMP_ROOT/dist"
-  export DIST_ROOT
-  NO_BUILD=0
-fi
 
 step() { printf '\n--- %s\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
