@@ -180,7 +180,7 @@ def _run_checks(
     if os.environ.get("ORT_DISABLE_TELEMETRY") == "1":
         say("privacy:     onnxruntime telemetry off (ORT_DISABLE_TELEMETRY=1)")
     else:
-        say("privacy:     warning: onnxruntime telemetry is on (start LesionLens as `lesionlens`)")
+        say("privacy:     warning: onnxruntime telemetry is on (something imported onnxruntime before desktop_app)")
     used = ", ".join(engine.session.get_providers())
     say(f"provider:    {engine.provider} (session runs on {used})")
     if engine.provider_note:
