@@ -713,13 +713,15 @@ def predict_logits(
     batch_size: int,
     desc: str,
     metadata_override: np.ndarray | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """Logits for ``images[indices]`` in batches (float32 copies of the uint8 cache, 0..255)."""
     from tqdm import tqdm
 
     idx = np.asarray(indices, dtype=np.int64)
     out = []
-    for start in tqdm(range(0, idx.size, batch_size), desc=desc, unit="batch", leave=False):
+    batches = range(0, idx.size, batch_size)
+    for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
         b = idx[start : start + batch_size]
         x = np.asarray(images[b], dtype=np.float32)
         if metadata_override is not None:

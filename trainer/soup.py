@@ -109,7 +109,13 @@ def _val_bma(model: Any, data: Any, batch_size: int) -> float:
     predictor, dual = make_predictor(model)
     val = np.asarray(data.indices("val"), np.int64)
     logits = predict_logits(
-        predictor, data.images, data.metadata if dual else None, val, batch_size, "val"
+        predictor,
+        data.images,
+        data.metadata if dual else None,
+        val,
+        batch_size,
+        "val",
+        progress=sys.stderr.isatty(),  # no bar per pass in a log file
     )
     return float(balanced_accuracy(np.asarray(data.labels)[val], logits.argmax(axis=1)))
 
