@@ -10,8 +10,6 @@
 #      Windows: build the Inno Setup installer from packaging/windows/lesionlens.iss instead.
 #
 # Environment: PYTHON (default python3, 3.11 or 3.12), NO_INSTALLER=1 to stop after step 2.
-# Packaging tests only: LESIONLENS_STAND_IN_MODEL=FILE bundles FILE as the default model, and then
-# DIST_ROOT (which must not be dist/) receives the build, so a stand-in can never be shipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,14 +25,7 @@ VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' desktop_app/__init__.py)"
 
 say() { printf '\n==> %s\n' "$*"; }
 
-if [ -n "${LESIONLENS_STAND_IN_MODEL:-}" ]; then
-  case "$(cd "$(dirname "$DIST_ROOT")" 2>/dev/null && pwd -P)/$(basename "$DIST_ROOT")" in
-    "$PWD/dist"|"$PWD/dist/"*)
-      echo "error: a build with a stand-in model must go elsewhere than dist/ (set DIST_ROOT)" >&2
-      exit 1 ;;
-  esac
-  echo "NOTE: stand-in model $LESIONLENS_STAND_IN_MODEL, for packaging tests only; output: $DIST_ROOT"
-elif [ ! -f resources/models/default.onnx ]; then
+if [ ! -f resources/models/default.onnx ]; then
   echo "error: resources/models/default.onnx is missing, so there is nothing to ship: the app" >&2
   echo "would start without a model. Commit the trained default model (or, for a development" >&2
   echo "build only, copy an exported model there) and run this again." >&2
