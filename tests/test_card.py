@@ -89,3 +89,16 @@ def test_not_json_is_a_model_error():
         card_mod.card_from_json("{not json")
     with pytest.raises(ModelError, match="not a JSON object"):
         card_mod.card_from_dict(json.loads("[1, 2]"))
+
+
+def test_card_digest_covers_the_content_not_its_own_field_or_key_order():
+    from desktop_app.core.card import card_digest
+
+    card = {"malignancy": {"threshold": 0.2}, "integrity": {"graph_sha256": "a" * 64}}
+    digest = card_digest(card)
+    reordered = {
+        "integrity": {"card_sha256": digest, "graph_sha256": "a" * 64},
+        "malignancy": {"threshold": 0.2},
+    }
+    assert card_digest(reordered) == digest
+    assert card_digest({**card, "malignancy": {"threshold": 0.21}}) != digest

@@ -506,3 +506,22 @@ def test_a_distilled_models_card_warns_that_its_test_figures_may_be_optimistic()
     assert not any("Distilled" in item for item in plain)
     (note,) = [item for item in distilled if "Distilled" in item]
     assert "sklesion" in note and "optimistic" in note
+
+
+def test_a_card_edited_after_export_is_refused(dual, tmp_path):
+    """The threshold and the temperature turn scores into advice: an edited card must not load."""
+    import onnx
+
+    from desktop_app.core.card import CARD_KEY, card_digest
+    from desktop_app.core.engine import Engine
+
+    model = onnx.load_from_string(dual.path.read_bytes())
+    (prop,) = [p for p in model.metadata_props if p.key == CARD_KEY]
+    card = json.loads(prop.value)
+    assert card["integrity"]["card_sha256"] == card_digest(card)
+    card["malignancy"]["threshold"] = 0.9
+    prop.value = json.dumps(card)
+    edited = tmp_path / "edited-card.onnx"
+    edited.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=r"card .*has been changed since .*exported"):
+        Engine.load(edited)

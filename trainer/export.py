@@ -33,7 +33,7 @@ import numpy as np
 
 from desktop_app import INTENDED_USE
 from desktop_app.core.atomic import atomic_write_bytes, atomic_write_text
-from desktop_app.core.card import CARD_KEY, card_from_json, card_to_json
+from desktop_app.core.card import CARD_KEY, card_digest, card_from_json, card_to_json
 from desktop_app.core.errors import ModelError
 
 OUTPUT_NAMES = ("logits", "probabilities", "heatmaps", "features")
@@ -436,6 +436,7 @@ def export_onnx(
         "check_images": len(images),
         "parity": {k: round(v, 8) for k, v in parity.items()},
     }
+    card["integrity"]["card_sha256"] = card_digest(card)  # last: it covers everything above
     card_json = card_to_json(card)
     card_from_json(card_json)  # what the app will parse, parsed now
     entry = model.metadata_props.add()

@@ -11,6 +11,7 @@ Both sides validate, so a card the app cannot understand is refused at export ti
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -161,7 +162,11 @@ CARD_SCHEMA: dict[str, Any] = {
         "integrity": {
             "type": "object",
             "required": ["graph_sha256"],
-            "properties": {"graph_sha256": {"type": "string", "pattern": "^([0-9a-f]{64}|)$"}},
+            "properties": {
+                "graph_sha256": {"type": "string", "pattern": "^([0-9a-f]{64}|)$"},
+                # optional: cards exported before it existed have none
+                "card_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
         },
         "ood": {"type": "object"},
     },
@@ -262,6 +267,20 @@ def card_from_json(text: str) -> ModelCard:
     except (TypeError, ValueError) as exc:
         raise ModelError(f"The model card is not readable JSON ({exc}).") from None
     return card_from_dict(data)
+
+
+def card_digest(data: Mapping[str, Any]) -> str:
+    """SHA-256 of the card's content without ``integrity.card_sha256`` (canonical JSON).
+
+    Why: the graph digest cannot cover the card (the card holds it), yet the card carries what
+    turns scores into advice: the temperature, the malignancy threshold, the class order. Stored
+    in ``integrity.card_sha256`` by the exporter, it lets the app refuse a card edited after
+    export. Like the graph digest it detects changes, it does not prove authorship (no key).
+    """
+    content = json.loads(json.dumps(data))
+    content.get("integrity", {}).pop("card_sha256", None)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def card_to_json(data: Mapping[str, Any]) -> str:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from desktop_app.core.card import CARD_KEY, ModelCard, card_from_json
+from desktop_app.core.card import CARD_KEY, ModelCard, card_digest, card_from_json
 from desktop_app.core.errors import ModelError
 from desktop_app.core.imaging import (
     ANALYSIS_MAX_SIDE,
@@ -309,6 +309,13 @@ class Engine:
             raise ModelError(
                 "The model file has been modified since it was exported (integrity check failed). "
                 "Use the original file or export the model again."
+            )
+        stored = card.raw.get("integrity", {}).get("card_sha256")
+        if stored is not None and stored != card_digest(card.raw):
+            raise ModelError(
+                "The model's card (its calibration, threshold or classes) has been changed since "
+                "the model was exported (integrity check failed). Use the original file or "
+                "export the model again."
             )
         _check_io(session, card, name)
         return cls(
