@@ -419,6 +419,20 @@ def test_image_only_model(synthetic_ham, cache_dir, tmp_path):
     assert json.loads((Path(config.run) / "config.json").read_text())["use_metadata"] is False
 
 
+def warm_start_config(config: TrainConfig, run: Path) -> TrainConfig:
+    """One fine-tuning epoch that continues ``config``'s run on its own split."""
+    return TrainConfig(
+        **{
+            **config.to_dict(),
+            "run": str(run),
+            "split": str(Path(config.run) / "split.csv"),
+            "init_from": config.run,
+            "epochs_frozen": 0,
+            "epochs_finetune": 1,
+        }
+    )
+
+
 @pytest.mark.slow
 def test_init_from_starts_from_the_earlier_runs_weights(main_run, tmp_path):
     """A warm start with the earlier run's split begins where that run ended: before any update,
@@ -434,16 +448,7 @@ def test_init_from_starts_from_the_earlier_runs_weights(main_run, tmp_path):
         def on_train_begin(self, logs=None):
             seen.append(self.model.get_weights()[-1].copy())
 
-    warm = TrainConfig(
-        **{
-            **config.to_dict(),
-            "run": str(tmp_path / "warm"),
-            "split": str(Path(config.run) / "split.csv"),
-            "init_from": config.run,
-            "epochs_frozen": 0,
-            "epochs_finetune": 1,
-        }
-    )
+    warm = warm_start_config(config, tmp_path / "warm")
     train_mod.train(warm, progress=False, callbacks=[WeightsAtStart()])
     np.testing.assert_array_equal(seen[0], result.model.get_weights()[-1])
     saved = json.loads((tmp_path / "warm" / "config.json").read_text())
@@ -486,16 +491,7 @@ def test_a_soup_of_two_runs_is_a_run_that_evaluate_and_export_accept(main_run, t
     from trainer.evaluate import load_model
 
     config, _, _, _ = main_run
-    warm = TrainConfig(
-        **{
-            **config.to_dict(),
-            "run": str(tmp_path / "warm"),
-            "split": str(Path(config.run) / "split.csv"),
-            "init_from": config.run,
-            "epochs_frozen": 0,
-            "epochs_finetune": 1,
-        }
-    )
+    warm = warm_start_config(config, tmp_path / "warm")
     train_mod.train(warm, progress=False)
     out = tmp_path / "soup"
     args = argparse.Namespace(
