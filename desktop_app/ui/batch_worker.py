@@ -199,20 +199,4 @@ class ProgressRunner(ChannelBookkeeping, QObject):
         self._update_state()
         if task.superseded:
             return
-        if error is None:
-            task.on_success(result)
-        elif task.on_failure is not None:
-            task.on_failure(error)  # type: ignore[arg-type]
-        else:
-            raise error  # type: ignore[misc]
-
-    def _update_state(self) -> None:
-        busy = bool(self._running or self._pending)
-        labels = [t.label for t in (*self._pending.values(), *self._running.values()) if t.label]
-        activity = labels[0] if labels else ("Working…" if busy else "")
-        if activity != self._activity:
-            self._activity = activity
-            self.activityChanged.emit(activity)
-        if busy != self._busy:
-            self._busy = busy
-            self.busyChanged.emit(busy)
+        self._deliver(task, result, error)

@@ -90,6 +90,8 @@ class ChannelBookkeeping:
     _running: dict[str, Any]
     _pending: dict[str, Any]
     _pool: QThreadPool
+    _activity: str
+    _busy: bool
     WAIT_TIMEOUT_MS = 10_000
 
     def is_idle(self) -> bool:
@@ -114,6 +116,28 @@ class ChannelBookkeeping:
             self._pool.waitForDone(20)
             QCoreApplication.processEvents()
         return self.is_idle()
+
+    def _update_state(self) -> None:
+        """Emit busyChanged / activityChanged (the subclass's signals) when they change."""
+        busy = bool(self._running or self._pending)
+        labels = [t.label for t in (*self._pending.values(), *self._running.values()) if t.label]
+        activity = labels[0] if labels else ("Working…" if busy else "")
+        if activity != self._activity:
+            self._activity = activity
+            self.activityChanged.emit(activity)  # type: ignore[attr-defined]
+        if busy != self._busy:
+            self._busy = busy
+            self.busyChanged.emit(busy)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _deliver(task: Any, result: Any, error: BaseException | None) -> None:
+        """Hand a finished task's outcome to its callbacks (an unhandled error is re-raised)."""
+        if error is None:
+            task.on_success(result)
+        elif task.on_failure is not None:
+            task.on_failure(error)
+        else:
+            raise error
 
 
 class TaskRunner(ChannelBookkeeping, QObject):
@@ -183,20 +207,4 @@ class TaskRunner(ChannelBookkeeping, QObject):
         self._update_state()
         if not current:
             return  # superseded by a newer request: the result is stale
-        if error is None:
-            task.on_success(result)
-        elif task.on_failure is not None:
-            task.on_failure(error)  # type: ignore[arg-type]
-        else:
-            raise error  # type: ignore[misc]
-
-    def _update_state(self) -> None:
-        busy = bool(self._running or self._pending)
-        labels = [t.label for t in (*self._pending.values(), *self._running.values()) if t.label]
-        activity = labels[0] if labels else ("Working…" if busy else "")
-        if activity != self._activity:
-            self._activity = activity
-            self.activityChanged.emit(activity)
-        if busy != self._busy:
-            self._busy = busy
-            self.busyChanged.emit(busy)
+        self._deliver(task, result, error)
