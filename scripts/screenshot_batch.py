@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from shot_helpers import save_grab, wait_for  # noqa: E402  (scripts/ is on sys.path)
+
 WIDTH, HEIGHT = 1440, 900
 
 
@@ -43,28 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _wait(app, condition, timeout: float = 300.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        app.processEvents()
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def _pause(app, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         app.processEvents()
         time.sleep(0.01)
-
-
-def _save(widget, path: Path) -> None:
-    pixmap = widget.grab()
-    if not pixmap.save(str(path)):
-        raise SystemExit(f"error: could not write {path}")
-    print(f"wrote {path} ({pixmap.width()} x {pixmap.height()})")
 
 
 def _pick(images: Path, metadata: Path | None, count: int) -> tuple[list[Path], list[dict]]:
@@ -118,7 +103,11 @@ def _shoot(app, args: argparse.Namespace, demo: Path, out: Path) -> None:
     window = MainWindow(settings, model_path=args.model, load_default_model=False)
     window.resize(WIDTH, HEIGHT)
     window.show()
-    if not _wait(app, lambda: window.engine is not None or window.last_error_box is not None):
+    if not wait_for(
+        app,
+        lambda: window.engine is not None or window.last_error_box is not None,
+        timeout=300.0,
+    ):
         raise SystemExit("error: the model did not load in time")
     if window.engine is None:
         raise SystemExit(f"error: {window.last_error_box.text()}")
@@ -129,17 +118,21 @@ def _shoot(app, args: argparse.Namespace, demo: Path, out: Path) -> None:
     if not view.start():
         raise SystemExit(f"error: the batch did not start: {view.banner.text()}")
     if args.running:
-        _wait(app, lambda: view.model.rowCount() >= max(3, count // 3) or not view.is_running())
+        wait_for(
+            app,
+            lambda: view.model.rowCount() >= max(3, count // 3) or not view.is_running(),
+            timeout=300.0,
+        )
         _pause(app, 0.3)
-        _save(window, out / "07-batch-running.png")
-    if not _wait(app, lambda: not view.is_running()):
+        save_grab(window, out / "07-batch-running.png")
+    if not wait_for(app, lambda: not view.is_running(), timeout=300.0):
         raise SystemExit("error: the batch did not finish in time")
-    _wait(app, view.tasks.is_idle)
+    wait_for(app, view.tasks.is_idle, timeout=300.0)
     view.table.selectRow(1)
     _pause(app, 0.5)
-    _wait(app, view.tasks.is_idle)  # thumbnails of the rows on screen
+    wait_for(app, view.tasks.is_idle, timeout=300.0)  # thumbnails of the rows on screen
     _pause(app, 0.3)
-    _save(window, out / "07-batch.png")
+    save_grab(window, out / "07-batch.png")
     summary = view.last_summary
     flagged = sum(1 for r in view.model.results() if r.status == "ok" and r.flags)
     print(

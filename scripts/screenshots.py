@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from shot_helpers import save_grab, wait_for  # noqa: E402  (scripts/ is on sys.path)
+
 WIDTH, HEIGHT = 1440, 900
 SCALED_WIDTH, SCALED_HEIGHT = 1280, 800
 
@@ -59,19 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _wait(app, condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        app.processEvents()
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def _settle(app, window, seconds: float = 0.3) -> None:
     """Let background work finish and the widgets repaint."""
-    _wait(app, lambda: window.tasks.is_idle() and not window._analysis_timer.isActive())
+    wait_for(app, lambda: window.tasks.is_idle() and not window._analysis_timer.isActive())
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         app.processEvents()
@@ -80,19 +72,12 @@ def _settle(app, window, seconds: float = 0.3) -> None:
 
 def _open_case(app, window, image: Path, age, sex, site) -> None:
     window.open_image(image)
-    _wait(app, lambda: window.image is not None and window.image.path == image)
+    wait_for(app, lambda: window.image is not None and window.image.path == image)
     window.metadata_form.set_values(age, sex or "unknown", site or "unknown")
     window.analyse_now()
     _settle(app, window)
     if window.analysis is None:
         raise SystemExit(f"error: {image} was not analysed: {window.banner.text()}")
-
-
-def _save(widget, path: Path) -> None:
-    pixmap = widget.grab()
-    if not pixmap.save(str(path)):
-        raise SystemExit(f"error: could not write {path}")
-    print(f"wrote {path} ({pixmap.width()} x {pixmap.height()})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             window.resize(WIDTH, HEIGHT)
         window.show()
-        if not _wait(app, lambda: window.engine is not None or window.last_error_box is not None):
+        if not wait_for(
+            app, lambda: window.engine is not None or window.last_error_box is not None
+        ):
             raise SystemExit("error: the model did not load in time")
         if window.engine is None:
             raise SystemExit(f"error: {window.last_error_box.text()}")
@@ -125,14 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
         if scaled:
             _open_case(app, window, args.image, args.age, args.sex, args.site)
-            _save(window, out / "06-result-200pct.png")
+            save_grab(window, out / "06-result-200pct.png")
             window.close()
             return 0
 
-        _save(window, out / "01-empty.png")
+        save_grab(window, out / "01-empty.png")
 
         _open_case(app, window, args.image, args.age, args.sex, args.site)
-        _save(window, out / "02-result.png")
+        save_grab(window, out / "02-result.png")
         if window.analysis.prediction.flags:
             print("note: the result case raised flags, so 02-result.png shows the warning banner")
 
@@ -146,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             args.warning_site or args.site,
         )
         flags = window.analysis.prediction.flags
-        _save(window, out / "03-warning.png")
+        save_grab(window, out / "03-warning.png")
         if not flags:
             print("note: this case raised no flag; 03-warning.png shows no warning banner")
         else:
@@ -155,16 +142,16 @@ def run(args: argparse.Namespace) -> int:
         dialog = window.show_model_info()
         dialog.resize(dialog.width(), int(HEIGHT * 0.95))
         _settle(app, window)
-        _save(dialog, out / "04-model-info.png")
+        save_grab(dialog, out / "04-model-info.png")
         dialog.close()
 
         _open_case(app, window, args.image, args.age, args.sex, args.site)
         bad = Path(tmp) / "dermoscopy_0815.jpg"
         bad.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)  # a JPEG cut after its header
         window.open_image(bad)
-        _wait(app, window.banner.is_shown)
+        wait_for(app, window.banner.is_shown)
         _settle(app, window)
-        _save(window, out / "05-bad-file.png")
+        save_grab(window, out / "05-bad-file.png")
         window.close()
 
     if args.only == "all":
